@@ -89,3 +89,21 @@ def validate(config_file: str | None) -> None:
 if __name__ == "__main__":  # pragma: no cover
     main()
 
+
+def _register_commands() -> None:
+    """The other commands live in their own modules; they hang off the same group."""
+    from workers import cli_keys, cli_runs, demo
+
+    for command in (
+        cli_runs.jobs,
+        cli_runs.run,
+        cli_runs.runs,
+        cli_runs.show,
+        cli_keys.keygen,
+        cli_keys.decrypt,
+        demo.demo,
+    ):
+        main.add_command(command)
+
+
+_register_commands()
