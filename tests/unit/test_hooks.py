@@ -8,6 +8,7 @@ by sleeping as synchronisation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -65,13 +66,17 @@ def assert_group_gone(result: HookResult) -> None:
     assert live_members(result.pgid) == [], f"group {result.pgid} outlived its result"
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until true (True), or give up after ``timeout`` seconds (False).
+
+    Used from helper threads, which must not raise: the test's own asserts tell what went wrong.
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            return False
         time.sleep(0.01)
+    return True
 
 
 def shell_wait_for(path: Path) -> str:
@@ -269,13 +274,13 @@ def test_cancel_from_another_thread_stops_hook_and_grandchildren(tmp_path: Path)
     cancel = threading.Event()
 
     def cancel_when_ready() -> None:
-        wait_until(marker.exists)
-        cancel.set()
+        if wait_until(marker.exists):
+            cancel.set()
 
     canceller = threading.Thread(target=cancel_when_ready, daemon=True)
     canceller.start()
     result, elapsed = run(f"sleep 300 & sleep 300 & touch '{marker}'; wait", cancel=cancel)
-    canceller.join(timeout=5)
+    canceller.join()
     assert (result.state, result.exit_code, result.reason) == ("interrupted", -1, "cancelled")
     assert not result.timed_out
     assert elapsed < 5
@@ -286,28 +291,40 @@ class FakeSoftTimeLimit(Exception):
     """Stands in for Celery's SoftTimeLimitExceeded, raised from a signal handler."""
 
 
-def test_async_exception_stops_group_and_carries_partial_result(tmp_path: Path) -> None:
-    marker = tmp_path / "ready"
+@contextlib.contextmanager
+def soft_limit_when(marker: Path) -> Iterator[None]:
+    """Raise FakeSoftTimeLimit in the main thread, from a SIGUSR1 handler, once ``marker`` exists.
+
+    This is how Celery delivers its soft time limit: a signal whose handler raises. The helper
+    thread is joined before the handler is restored, so no stray SIGUSR1 meets the default
+    action (which would end the test process).
+    """
     main_ident = threading.main_thread().ident
-    assert threading.current_thread() is threading.main_thread()
-    assert main_ident is not None
+    assert threading.current_thread() is threading.main_thread() and main_ident is not None
+    finished = threading.Event()
 
     def raise_soft_limit(signum: int, frame: object) -> None:
         raise FakeSoftTimeLimit()
 
     def fire_when_ready() -> None:
-        wait_until(marker.exists)
-        signal.pthread_kill(main_ident, signal.SIGUSR1)
+        if wait_until(lambda: marker.exists() or finished.is_set()) and not finished.is_set():
+            signal.pthread_kill(main_ident, signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGUSR1, raise_soft_limit)
+    firer = threading.Thread(target=fire_when_ready, daemon=True)
+    firer.start()
     try:
-        firer = threading.Thread(target=fire_when_ready, daemon=True)
-        firer.start()
-        with pytest.raises(FakeSoftTimeLimit) as caught:
-            run(f"echo before; sleep 300 & touch '{marker}'; wait", timeout=60)
-        firer.join(timeout=5)
+        yield
     finally:
+        finished.set()
+        firer.join()
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_async_exception_stops_group_and_carries_partial_result(tmp_path: Path) -> None:
+    marker = tmp_path / "ready"
+    with soft_limit_when(marker), pytest.raises(FakeSoftTimeLimit) as caught:
+        run(f"echo before; sleep 300 & touch '{marker}'; wait", timeout=60)
     result = caught.value.hook_result  # type: ignore[attr-defined]
     assert isinstance(result, HookResult)
     assert (result.state, result.exit_code) == ("interrupted", -1)
@@ -322,26 +339,9 @@ def test_async_exception_during_a_stop_keeps_the_first_grace(tmp_path: Path) -> 
     # SIGKILL must still come one grace after the first SIGTERM (at 1 + GRACE), not one grace
     # after the exception (at 1 + 1.2 + GRACE), which the hard time limit would beat.
     marker = tmp_path / "got-term"
-    main_ident = threading.main_thread().ident
-    assert main_ident is not None
-
-    def raise_soft_limit(signum: int, frame: object) -> None:
-        raise FakeSoftTimeLimit()
-
-    def fire_when_termed() -> None:
-        wait_until(marker.exists)
-        signal.pthread_kill(main_ident, signal.SIGUSR1)
-
-    previous = signal.signal(signal.SIGUSR1, raise_soft_limit)
     started = time.monotonic()
-    try:
-        firer = threading.Thread(target=fire_when_termed, daemon=True)
-        firer.start()
-        with pytest.raises(FakeSoftTimeLimit) as caught:
-            run(f"trap 'sleep 1.2; touch {marker}' TERM; while :; do sleep 0.05; done", timeout=1)
-        firer.join(timeout=5)
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
+    with soft_limit_when(marker), pytest.raises(FakeSoftTimeLimit) as caught:
+        run(f"trap 'sleep 1.2; touch {marker}' TERM; while :; do sleep 0.05; done", timeout=1)
     elapsed = time.monotonic() - started
     result = caught.value.hook_result  # type: ignore[attr-defined]
     assert result.state == "interrupted" and result.signal == signal.SIGKILL
