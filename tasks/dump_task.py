@@ -50,9 +50,17 @@ def run_dump_step(ref: StepRef, job: Job, run: dict[str, Any], claim: Claim) -> 
         progress.store.record_progress(ref.run_id, "dump", result["artifact"]["raw_bytes"])
         return result
     except (ArtifactError, DriverError, StorageError) as exc:
-        return step_result("failed", str(exc))
+        return step_result("failed", failure_reason(exc))
     except SoftTimeLimitExceeded:
         return step_result("timed_out", f"the dump ran past its timeout of {job.timeout:g}s")
+
+
+def failure_reason(exc: Exception) -> str:
+    """The driver's own words when the driver failed (which tool, and why), else the stage's."""
+    cause = exc.__cause__
+    if isinstance(exc, ArtifactError) and isinstance(cause, DriverError):
+        return f"{cause} (nothing was stored)"
+    return str(exc)
 
 
 class ProgressRecorder:

@@ -431,7 +431,9 @@ def storage_from_config(storage_cfg: Any) -> Storage:
             raise StorageError("storage.path is required for type 'local'")
         return LocalStorage(path)
     if kind == "s3":
-        raise StorageError("s3 storage is not implemented yet")
+        from tasks.s3_storage import s3_storage_from_config  # boto3 only where S3 is used
+
+        return s3_storage_from_config(storage_cfg)
     raise StorageError(f"unknown storage type {kind!r} (known: local, s3)")
 
 

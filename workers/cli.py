@@ -92,7 +92,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 def _register_commands() -> None:
     """The other commands live in their own modules; they hang off the same group."""
-    from workers import cli_keys, cli_runs, demo
+    from workers import cli_keys, cli_restore, cli_runs, demo
 
     for command in (
         cli_runs.jobs,
@@ -101,6 +101,7 @@ def _register_commands() -> None:
         cli_runs.show,
         cli_keys.keygen,
         cli_keys.decrypt,
+        cli_restore.restore,
         demo.demo,
     ):
         main.add_command(command)

@@ -14,6 +14,7 @@ from typing import Any
 from celery import shared_task
 
 from tasks import context
+from tasks.finalize_task import sweep_dump_leftovers
 from tasks.stats import record_finished_run
 
 log = logging.getLogger("backupy.watchdog")
@@ -36,6 +37,7 @@ def mark_overdue_runs_lost(now: float | None = None) -> list[str]:
         reason = f"no final state by its deadline {deadline}: its worker or chain was lost"
         if store.finish(run_id, "lost", reason):
             lock.release(run["job"], run_id)
+            sweep_dump_leftovers(run["job"], run_id, run)
             record_finished_run(store.client, store.keys.prefix, run["job"], "lost", run)
             log.warning("run %s of %s is lost: %s", run_id, run["job"], reason)
             lost.append(run_id)

@@ -15,6 +15,11 @@ __all__ = ["Driver", "DriverError", "DumpInfo", "get_driver", "known_driver_type
 #: target.type → "module:Class".
 _DRIVERS: dict[str, str] = {
     "sqlite": "tasks.drivers.sqlite:SqliteDriver",
+    "postgresql": "tasks.drivers.postgresql:PostgresDriver",
+    "mysql": "tasks.drivers.mysql:MySQLDriver",
+    "mariadb": "tasks.drivers.mysql:MariaDBDriver",
+    "redis": "tasks.drivers.redisdb:RedisDriver",
+    "mongodb": "tasks.drivers.mongodb:MongoDriver",
 }
 
 
