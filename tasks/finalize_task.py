@@ -15,6 +15,7 @@ from celery import shared_task
 from tasks import context
 from tasks.outcome import Verdict, final_verdict
 from tasks.references import Refused, StepRef, parse_reference
+from tasks.retention import prune_after_run
 from tasks.s3_storage import sweep_run_uploads
 from tasks.stats import record_finished_run
 from tasks.step_runner import check_digest, record_refusal
@@ -82,4 +83,6 @@ def finalize_run(ref: StepRef) -> dict[str, Any]:
             budget_exhausted=budget.exhausted,
         )
         log.info("run %s of %s ended %s %s", ref.run_id, ref.job_id, verdict.status, verdict.reason)
+        if verdict.status == "success":
+            prune_after_run(store, context.config(), ref.job_id)
     return {"state": "ok", "status": verdict.status, "reason": verdict.reason}

@@ -40,6 +40,14 @@ class Keys:
     def stats(self, job_id: str) -> str:
         return f"{self.prefix}stats:{job_id}"
 
+    def stats_index(self) -> str:
+        """set of the job ids that have ``stats:{job}`` counters: what the exporter lists."""
+        return f"{self.prefix}stats-jobs"
+
+    def prune_lock(self, job_id: str) -> str:
+        """held while a prune of the job deletes artifacts, so two prunes never interleave."""
+        return f"{self.prefix}prune:{job_id}"
+
     def refused(self) -> str:
         """capped list of refused messages that named no known run."""
         return f"{self.prefix}refused"

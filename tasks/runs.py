@@ -38,8 +38,20 @@ PROGRESS_PREFIX = "progress:"
 # Run ids sort by creation time and carry a random tail: ``20261203T031500Z-4f9c2a1b``.
 RUN_ID_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
+# Timestamps (epoch seconds).
+FLOAT_FIELDS = frozenset(
+    {
+        "created_at",
+        "started_at",
+        "finished_at",
+        "deadline",
+        "pruned_at",
+        "prune_started_at",
+        "prune_failed_at",
+    }
+)
 # Fields holding JSON rather than plain strings.
-JSON_FIELDS = frozenset({"artifact", "budget", "warnings", "steps_planned"})
+JSON_FIELDS = frozenset({"artifact", "budget", "warnings", "steps_planned", "artifact_deleted"})
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -162,7 +174,7 @@ def _decode(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
             run["progress"][name[len(PROGRESS_PREFIX) :]] = int(float(value))
         elif name in JSON_FIELDS:
             run[name] = json.loads(value)
-        elif name in ("created_at", "started_at", "finished_at", "deadline"):
+        elif name in FLOAT_FIELDS:
             run[name] = float(value)
         else:
             run[name] = value

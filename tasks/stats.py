@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from tasks.outcome import EX_TEMPFAIL
 from tasks.redis_keys import Keys
 
 HOOK_FAILURE_STATES = frozenset(
@@ -29,9 +30,11 @@ def record_finished_run(
     *,
     budget_exhausted: bool = False,
 ) -> None:
-    key = Keys(prefix).stats(job_id)
+    keys = Keys(prefix)
+    key = keys.stats(job_id)
     now = time.time()
     pipe = client.pipeline(transaction=True)
+    pipe.sadd(keys.stats_index(), job_id)
     pipe.hincrby(key, f"runs_total:{status}", 1)
     started = run.get("started_at") or run.get("created_at")
     if started:
@@ -43,6 +46,8 @@ def record_finished_run(
             pipe.hset(key, "last_backup_size_bytes", artifact["stored_bytes"])
     for name, result in (run.get("steps") or {}).items():
         phase = name.split(".", 1)[0]
+        if phase == "pre" and result.get("exit_code") == EX_TEMPFAIL:
+            continue  # "nothing to do now": the run is skipped, the hook did not fail
         if phase in ("pre", "post") and result.get("state") in HOOK_FAILURE_STATES:
             pipe.hincrby(key, f"hook_failures:{phase}:{result['state']}", 1)
     if budget_exhausted:

@@ -92,7 +92,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 def _register_commands() -> None:
     """The other commands live in their own modules; they hang off the same group."""
-    from workers import cli_keys, cli_restore, cli_runs, demo
+    from workers import cli_keys, cli_ops, cli_restore, cli_runs, demo
 
     for command in (
         cli_runs.jobs,
@@ -102,6 +102,8 @@ def _register_commands() -> None:
         cli_keys.keygen,
         cli_keys.decrypt,
         cli_restore.restore,
+        cli_ops.exporter,
+        cli_ops.prune,
         demo.demo,
     ):
         main.add_command(command)
