@@ -7,6 +7,8 @@ reads the other end, so the stages overlap and memory stays bounded. The run is 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
 import time
@@ -19,7 +21,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from config.jobs import Config, Job
 from tasks import context
-from tasks.artifacts import ArtifactError, build_manifest, write_artifact, write_manifest
+from tasks.artifacts import (
+    F_SETPIPE_SZ,
+    PIPE_SIZE,
+    ArtifactError,
+    build_manifest,
+    write_artifact,
+    write_manifest,
+)
 from tasks.claims import Claim
 from tasks.drivers import get_driver
 from tasks.drivers.base import Driver, DriverError
@@ -152,6 +161,10 @@ class _CancellableWriter:
             raise DumpInterrupted("the dump step was stopped")
         return self.out.write(data)
 
+    def fileno(self) -> int:
+        """The pipe itself, so a tool's output can be spliced into it (``tasks.drivers.tool``)."""
+        return self.out.fileno()
+
     def flush(self) -> None:
         self.out.flush()
 
@@ -170,6 +183,8 @@ class DumpFeed:
         self.error: BaseException | None = None
         self.cancelled = threading.Event()
         read_fd, self._write_fd = os.pipe()
+        with contextlib.suppress(OSError):  # a 1 MiB pipe: fewer wake-ups per MiB (best effort)
+            fcntl.fcntl(self._write_fd, F_SETPIPE_SZ, PIPE_SIZE)
         self.source: BinaryIO = os.fdopen(read_fd, "rb")
         self.thread = threading.Thread(target=self._produce, name=f"dump {run_id}", daemon=True)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -20,9 +21,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
+import psutil
+
 from tasks.drivers.base import DriverError, DumpInfo, ProgressFn
 from tasks.storage import AtomicFileWriter, StorageError
 
+#: Snapshot folders are named ``backupy-sqlite-{pid}-…`` so a later dump can remove a dead one's.
+SNAPSHOT_DIR_PREFIX = "backupy-sqlite-"
 #: The first 16 bytes of every SQLite database file.
 SQLITE_HEADER = b"SQLite format 3\x00"
 #: Copy granularity for streaming the snapshot, and the progress granularity.
@@ -55,7 +60,9 @@ class SqliteDriver:
     def dump(self, target: Any, out: BinaryIO, *, progress: ProgressFn | None = None) -> DumpInfo:
         """Snapshot the database into a private temporary, stream it to ``out``, remove it."""
         path = _db_path(target)
-        with tempfile.TemporaryDirectory(prefix="backupy-sqlite-", dir=self.temp_dir) as tmp:
+        sweep_stale_snapshots(self.temp_dir)
+        prefix = f"{SNAPSHOT_DIR_PREFIX}{os.getpid()}-"
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=self.temp_dir) as tmp:
             snapshot = Path(tmp) / "snapshot.sqlite"  # mkdtemp made ``tmp`` mode 0700
             _snapshot(path, snapshot)
             raw_bytes = _stream_file(snapshot, out, progress)
@@ -142,9 +149,23 @@ def _snapshot(path: Path, snapshot: Path) -> None:
             dst.close()
 
 
+def sweep_stale_snapshots(temp_dir: str | os.PathLike[str] | None) -> list[Path]:
+    """Remove the snapshot folders of dumps whose process died (a killed worker cannot clean
+    up, and a snapshot is the whole database in clear). The folder names carry the pid."""
+    removed = []
+    root = Path(temp_dir or tempfile.gettempdir())
+    for folder in root.glob(f"{SNAPSHOT_DIR_PREFIX}*-*"):
+        pid = folder.name[len(SNAPSHOT_DIR_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def _stream_file(path: Path, out: BinaryIO, progress: ProgressFn | None) -> int:
     total = 0
     with open(path, "rb") as stream:
+        path.unlink()  # gone from the file system now; the open file is freed if we die
         while chunk := stream.read(COPY_CHUNK):
             out.write(chunk)
             total += len(chunk)

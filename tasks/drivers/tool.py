@@ -24,6 +24,7 @@ What every tool-based driver shares:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import stat
@@ -38,6 +39,9 @@ from tasks.drivers.base import DriverError, ProgressFn
 
 #: Read size from the tool's stdout, and the progress granularity.
 CHUNK_SIZE = 1 << 20
+#: Bytes moved per splice() between the tool's stdout and a pipe, and that pipe's size.
+SPLICE_CHUNK = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: How much of the tool's stderr is kept (the end: that is where the reason is).
 STDERR_TAIL_BYTES = 8 * 1024
 #: How much of that tail goes into an error message.
@@ -188,6 +192,33 @@ class _Tail:
                     self.truncated = True
 
 
+def _pipe_fd(out: BinaryIO | None) -> int | None:
+    """``out``'s descriptor when it is a pipe: the tool's output can then be spliced into it."""
+    if out is None or not hasattr(os, "splice"):
+        return None
+    try:
+        fd = out.fileno()
+        return fd if stat.S_ISFIFO(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _splice_all(source: int, sink: int, out: BinaryIO, progress: ProgressFn | None) -> int:
+    """Move the tool's output into the ``out`` pipe inside the kernel (``splice``): the bytes are
+    never copied through this process, which matters at a gigabyte a dump. ``out.write(b"")``
+    after each move lets a wrapper refuse to go on (the step was stopped)."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(source, F_SETPIPE_SZ, SPLICE_CHUNK)
+    out.flush()
+    total = 0
+    while moved := os.splice(source, sink, SPLICE_CHUNK):
+        total += moved
+        out.write(b"")
+        if progress is not None:
+            progress(total)
+    return total
+
+
 class ToolRunner:
     """Runs one tool process at a time for a driver; :meth:`cancel` kills it from any thread."""
 
@@ -269,7 +300,11 @@ class ToolRunner:
         total = 0
         captured = bytearray()
         try:
-            while chunk := process.stdout.read(CHUNK_SIZE):
+            out_pipe = _pipe_fd(out)
+            if out_pipe is not None:
+                assert out is not None
+                total = _splice_all(process.stdout.fileno(), out_pipe, out, progress)
+            while out_pipe is None and (chunk := process.stdout.read(CHUNK_SIZE)):
                 total += len(chunk)
                 if out is not None:
                     out.write(chunk)

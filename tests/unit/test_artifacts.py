@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -797,3 +798,20 @@ def test_a_stage_that_cannot_start_does_not_hang_the_other(
         )
     assert calls == ["artifact-compress", "artifact-encrypt"]
     assert all_files(storage.root) == []
+
+
+def test_sqlite_snapshot_of_a_dead_dump_is_swept(tmp_path: Path) -> None:
+    """A worker killed mid-dump leaves its snapshot (the database in clear): the next dump
+    removes it, and leaves alone the snapshot folders of processes still alive."""
+    from tasks.drivers.sqlite import SNAPSHOT_DIR_PREFIX, sweep_stale_snapshots
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"{SNAPSHOT_DIR_PREFIX}{dead.pid}-abc"
+    stale.mkdir()
+    (stale / "snapshot.sqlite").write_bytes(b"secret rows")
+    alive = tmp_path / f"{SNAPSHOT_DIR_PREFIX}{os.getpid()}-def"
+    alive.mkdir()
+    assert sweep_stale_snapshots(tmp_path) == [stale]
+    assert not stale.exists()
+    assert alive.exists()
