@@ -40,7 +40,13 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
-        "beat_scheduler": "workers.beat:ConfigScheduler",
+        "beat_scheduler": settings.beat_scheduler,
+        # RedBeat (BACKUPY_BEAT_SCHEDULER=redbeat): its entries and lock in the run store's Redis,
+        # under the prefix; the client gets no broker transport options (those are the broker's).
+        "redbeat_redis_url": settings.redis_url,
+        "redbeat_key_prefix": f"{settings.prefix}redbeat:",
+        "redbeat_lock_timeout": settings.redbeat_lock_timeout,
+        "redbeat_redis_options": {"health_check_interval": 10},
         "imports": (
             "tasks.start_task",
             "tasks.hook_task",

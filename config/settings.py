@@ -34,6 +34,17 @@ DEFAULT_HEARTBEAT_SECONDS = 1.0
 # start-up and the steps' own bookkeeping. The watchdog marks a run lost only past the deadline.
 DEFAULT_DEADLINE_SLACK_SECONDS = 10 * 60
 
+# Beat's scheduler (``BACKUPY_BEAT_SCHEDULER``): ``config`` keeps its state in a local file (one
+# beat only); ``redbeat`` keeps it in Redis under the prefix, so several beats can run and only
+# the holder of the lock sends (workers/redbeat.py).
+BEAT_SCHEDULERS = {
+    "config": "workers.beat:ConfigScheduler",
+    "redbeat": "workers.redbeat:ConfigRedBeatScheduler",
+}
+# RedBeat's lock: the holder renews it every tick (at most 5 s apart); a standby takes over at
+# most this long after the holder died without releasing it.
+DEFAULT_REDBEAT_LOCK_TIMEOUT_SECONDS = 30.0
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -47,6 +58,8 @@ class Settings:
     visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
     heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
     deadline_slack: float = DEFAULT_DEADLINE_SLACK_SECONDS
+    beat_scheduler: str = BEAT_SCHEDULERS["config"]
+    redbeat_lock_timeout: float = DEFAULT_REDBEAT_LOCK_TIMEOUT_SECONDS
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -64,7 +77,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         heartbeat=_duration(env, "BACKUPY_HEARTBEAT", DEFAULT_HEARTBEAT_SECONDS),
         deadline_slack=_duration(env, "BACKUPY_DEADLINE_SLACK", DEFAULT_DEADLINE_SLACK_SECONDS),
+        beat_scheduler=_beat_scheduler(env.get("BACKUPY_BEAT_SCHEDULER") or "config"),
+        redbeat_lock_timeout=_duration(
+            env, "BACKUPY_REDBEAT_LOCK_TIMEOUT", DEFAULT_REDBEAT_LOCK_TIMEOUT_SECONDS
+        ),
     )
+
+
+def _beat_scheduler(name: str) -> str:
+    if name in BEAT_SCHEDULERS.values():
+        return name
+    if name not in BEAT_SCHEDULERS:
+        choices = ", ".join(BEAT_SCHEDULERS)
+        raise ValueError(f"BACKUPY_BEAT_SCHEDULER: {name!r} is not one of {choices}")
+    return BEAT_SCHEDULERS[name]
 
 
 def _duration(env: Mapping[str, str], name: str, default: float) -> float:

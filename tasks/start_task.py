@@ -22,6 +22,7 @@ from tasks.references import DIGEST_PATTERN, JOB_ID_PATTERN, Refused
 from tasks.runs import is_run_id, new_run_id
 from tasks.stats import record_finished_run
 from tasks.step_runner import record_refusal
+from workers.logs import log_context
 
 log = logging.getLogger("backupy.start")
 
@@ -35,7 +36,9 @@ def start_run(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         job_id, run_id, trigger, digest = parse_start(args, kwargs)
     except Refused as refused:
         return record_refusal(kwargs, str(refused))
-    return start(job_id, run_id or new_run_id(), trigger, digest)
+    run_id = run_id or new_run_id()
+    with log_context(run_id=run_id, job_id=job_id, step="start"):
+        return start(job_id, run_id, trigger, digest)
 
 
 def parse_start(

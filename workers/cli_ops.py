@@ -77,11 +77,10 @@ def exporter(port: int, addr: str, config_file: str | None) -> None:
     """Serve Prometheus metrics read from the run store, until SIGTERM/SIGINT."""
     from tasks import context
     from workers.exporter import BackupyCollector, make_registry, run_until, serve
+    from workers.logs import configure_logging
 
     cli, cli_runs = _cli()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(logging.INFO)  # BACKUPY_LOG_FORMAT, with secrets masked
     cfg = cli._load_or_exit(config_file)
     store = cli_runs.connected_store()
     job_ids = [job.id for job in cfg.jobs]
