@@ -24,7 +24,9 @@ forever.
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,6 +35,8 @@ import redis
 from config.limits import BUDGET_TICK_SECONDS
 from tasks.redis_keys import Keys
 from tasks.scripts import script
+
+log = logging.getLogger("backupy.budget")
 
 DEFAULT_PREFIX = "backupy:"
 
@@ -196,3 +200,45 @@ class RunBudget:
     def snapshot(self) -> BudgetSnapshot:
         """Everything about this run's budget in one reading, for its run record."""
         return self.meter.snapshot(self.run_id)
+
+
+class OutageTolerantBudgetMeter(BudgetMeter):
+    """A meter whose charges ride out a short Redis outage (a restart, a failover).
+
+    The hook runner charges every tick and stops the hook when a charge raises, which would turn
+    a Redis restart into a killed hook and a step that cannot even be recorded. Here a charge
+    that cannot reach Redis is kept and added to the next one, so no time goes unpaid once Redis
+    answers again, and the hook keeps running meanwhile: its own deadline, fixed before it
+    started to min(its timeout, the budget left then), still bounds it. While Redis is away the
+    answer is this meter's own estimate (the last budget Redis reported minus what is owed), so
+    a hook that has used up what was left is still stopped as ``budget_exceeded``. Time still
+    owed when the hook ends inside the outage is lost (logged). Asking for the budget before a
+    hook starts is not covered: no answer is no permission.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = "backupy:") -> None:
+        super().__init__(client, prefix)
+        self._owed: dict[str, float] = {}
+        self._last_left: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def charge(self, run_id: str, seconds: float) -> float:
+        with self._lock:
+            owed = self._owed.pop(run_id, 0.0) + seconds
+        try:
+            left = super().charge(run_id, owed)
+        except redis.RedisError as exc:
+            with self._lock:
+                total = self._owed[run_id] = self._owed.get(run_id, 0.0) + owed
+            if owed == seconds:  # the first failure of this outage: say so once
+                log.warning(
+                    "run %s: cannot charge the hook budget (%s); the hook goes on and the "
+                    "charge is retried next tick",
+                    run_id,
+                    type(exc).__name__,
+                )
+            last = self._last_left.get(run_id)
+            return math.inf if last is None else last - total
+        with self._lock:
+            self._last_left[run_id] = left
+        return left

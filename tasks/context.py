@@ -15,7 +15,7 @@ import redis
 from config.jobs import Config, load_config
 from config.limits import Limits, load_limits
 from config.settings import Settings, load_settings
-from tasks.budget import BudgetMeter
+from tasks.budget import BudgetMeter, OutageTolerantBudgetMeter
 from tasks.claims import Claims
 from tasks.lock import JobLock
 from tasks.runs import RunStore
@@ -59,7 +59,7 @@ def claims() -> Claims:
 
 
 def budget_meter() -> BudgetMeter:
-    return BudgetMeter(redis_client(), settings().prefix)
+    return OutageTolerantBudgetMeter(redis_client(), settings().prefix)
 
 
 def job_lock() -> JobLock:

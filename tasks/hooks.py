@@ -13,6 +13,32 @@ with its faults fixed:
 * When the shell exits, whatever it left running in its group is ended too: a hook never outlives
   its result.
 
+Processes that leave the group (``setsid``, ``setpgid``, a double fork) are out of reach of a
+process-group kill. Each hook therefore gets a unique ``BACKUPY_HOOK_TOKEN`` in its environment,
+and once the hook's result is known (or while its group is being stopped) the runner looks for
+processes that escaped: processes born since the hook's shell (a window of pids, see
+:func:`_pids_born_since`) whose ``/proc/PID/environ`` holds the token. They share the group's
+SIGTERM → ``Limits.kill_grace`` → SIGKILL (signalled through pidfds, so a reused pid is never
+hit); any found after the grace get SIGKILL at once; the ones that are our children are reaped.
+The result counts them (``escaped``) and its reason says ``"; N escaped process(es) were
+stopped"``.
+
+What this promises, exactly:
+
+* A process a hook started that still carries the hook's environment is ended with the hook,
+  whether it stayed in the group, left it, started a new session (``setsid``) or was
+  double-forked into a daemon: with or without a subreaper.
+* With :func:`enable_subreaper` (the worker's pool processes call it; Linux
+  ``PR_SET_CHILD_SUBREAPER``) orphans are re-parented to the pool process instead of init.
+  They are then also reaped (no zombies stay behind), and when this hook is the only one running
+  in the process, a re-parented orphan born during the hook in another session is ended even if
+  it cleared its environment (``env -i``).
+* Out of reach: a process that leaves the session AND clears its environment AND is not under a
+  subreaper (or runs beside another hook in the same process); one that changes its user (a
+  setuid program: its environ cannot be read); more pids started during one hook than the
+  kernel's ``pid_max`` (the window wraps over itself). A cgroup per hook is the remedy for
+  those; this runner does not create one.
+
 Output is read by one ``poll`` loop over both pipes (no reader threads that could hang) into
 two ring buffers that keep the last ``Limits.output_bytes`` bytes each, so memory stays flat
 whatever the hook prints. The same loop serves the deadline, the budget ticks and the cancel
@@ -27,6 +53,7 @@ partial result out as ``exc.hook_result``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import mmap
 import os
@@ -35,9 +62,10 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Final, Literal, Protocol, cast, get_args
 
@@ -77,6 +105,29 @@ KILL_WAIT_SECONDS: Final = 1.0
 # not hold the result back. KILL_WAIT_SECONDS + DRAIN_SECONDS stay inside
 # Limits.hard_limit_margin - Limits.kill_grace, so Celery's hard limit never beats the cleanup.
 DRAIN_SECONDS: Final = 0.2
+
+# The variable that marks a hook's processes: a fresh random token per hook, set after the job's
+# `env` and the run context so nothing can choose it. What carries it in /proc/PID/environ and
+# is not in the hook's group escaped it, and is ended with the hook.
+HOOK_TOKEN_ENV: Final = "BACKUPY_HOOK_TOKEN"
+
+# prctl(2) option: orphaned descendants are re-parented to this process instead of init.
+PR_SET_CHILD_SUBREAPER: Final = 36
+
+# One read(2) of a /proc file: a process's stat line, or its environment (usually a few KiB).
+PROC_READ_BYTES: Final = 64 * 1024
+
+# How many pids past the hook's shell are probed one by one (an ENOENT open costs a few
+# microseconds); a wider window (a busy host, a hook that forked a lot) lists /proc instead.
+PID_PROBE_MAX: Final = 256
+
+# A search for escaped processes stops after this long (a host with a huge process table must not
+# hold the result back); the rest is logged, not searched.
+ESCAPE_SCAN_SECONDS: Final = 0.5
+
+# After the group is gone, search again this many times for processes that escaped late (forked
+# during the grace); each round's finds get SIGKILL at once.
+ESCAPE_SWEEP_ROUNDS: Final = 3
 
 # The system's own secrets: never handed to a hook, whatever the hook is. The broker and result
 # backend URLs would let a hook queue arbitrary work on every worker; storage keys would let it
@@ -235,6 +286,7 @@ class HookResult:
     reason: str = ""
     host: str = ""
     pgid: int | None = None
+    escaped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -337,7 +389,8 @@ def run_hook(
     ``limits.hook_timeout_max``) is shortened to the ``meter``'s remaining budget; the budget is
     charged every ``meter.tick`` seconds while the hook runs, and the hook is stopped when it is
     spent. ``on_spawn(pgid)`` is called right after the spawn so the caller can record the group
-    for a supervisor that reaps it should this process die.
+    for a supervisor that reaps it should this process die. Processes that escaped the group and
+    still carry the hook's ``BACKUPY_HOOK_TOKEN`` are ended with it (module docstring).
 
     Asynchronous exceptions: when any ``BaseException`` is raised inside this call while the hook
     runs (Celery's ``SoftTimeLimitExceeded`` from a signal handler, ``KeyboardInterrupt``,
@@ -351,15 +404,18 @@ def run_hook(
     refusal = refusal_reason(command, limits)
     if refusal is not None:
         return HookResult(command, "refused", NO_EXIT_CODE, reason=refusal, host=_host())
+    environment = hook_environment(env, context, secret_env_names)
+    environment[HOOK_TOKEN_ENV] = os.urandom(16).hex()
     run = _HookRun(
         command,
-        hook_environment(env, context, secret_env_names),
+        environment,
         resolve_timeout(timeout, limits),
         limits,
         meter,
         cancel,
         on_spawn,
     )
+    _count_active_hooks(1)
     try:
         return run.run()
     except BaseException as exc:
@@ -367,6 +423,8 @@ def run_hook(
         with contextlib.suppress(AttributeError, TypeError):
             exc.hook_result = result  # type: ignore[attr-defined]
         raise
+    finally:
+        _count_active_hooks(-1)
 
 
 # A reason to stop the hook: the final state and the human text.
@@ -403,6 +461,9 @@ class _HookRun:
         self.pidfd: int | None = None
         self.exit_seen = False
         self.leftovers_stopped = False
+        self.token = env.get(HOOK_TOKEN_ENV, "").encode()
+        self.escapees: dict[int, _Escapee] = {}  # pid → an escaped process being stopped
+        self.escaped_stopped = 0
         self.term_sent: float | None = None
         self.started = self.last_charge = time.monotonic()
         self.finished: float | None = None
@@ -589,37 +650,50 @@ class _HookRun:
             self.proc.wait()
 
     def _sweep_leftovers(self) -> None:
-        """The shell exited: end what it left running in its group (a hook ends with its result).
+        """The shell exited: end what it left running in its group (a hook ends with its result)
+        and what escaped the group.
 
         The shell is reaped first; from then on its pid is pinned as a pgid by any member still
-        alive, and when none is, ``killpg`` fails with ESRCH and nothing is signalled.
+        alive, and when none is, ``killpg`` fails with ESRCH and nothing is signalled. The group
+        is checked before the search for escapees: once it is empty, nothing in it can escape
+        after the search.
         """
         self._reap()
         assert self.pgid is not None
-        if _group_alive(self.pgid):
-            self.leftovers_stopped = True
+        alive = _group_alive(self.pgid)
+        self._find_escaped()
+        if alive or self.escapees:
+            self.leftovers_stopped = alive
             self._stop_group()
 
     def _stop_group(self) -> None:
-        """SIGTERM to the group; SIGKILL after the grace if any member is still alive.
+        """SIGTERM to the group and the escapees; SIGKILL after the grace to what is still alive.
 
         Re-entrant: when an exception cuts into a stop already under way (our deadline fired,
         then Celery's soft limit), the grace runs on from the first SIGTERM instead of starting
-        again, so the whole stop stays inside the hard time limit's margin.
+        again, so the whole stop stays inside the hard time limit's margin. Escapees found once
+        the group is gone (forked during the grace) get SIGKILL at once.
         """
         assert self.pgid is not None
         if self.term_sent is None:
+            self._find_escaped()
             _signal_group(self.pgid, signal.SIGTERM)
+            self._signal_escaped(signal.SIGTERM)
             self.term_sent = time.monotonic()
         grace_left = self.term_sent + self.limits.kill_grace - time.monotonic()
-        if self._wait_group_gone(grace_left):
-            return
-        _signal_group(self.pgid, signal.SIGKILL)
-        if not self._wait_group_gone(KILL_WAIT_SECONDS):
-            log.warning("hook process group %d survived SIGKILL (stuck in D state?)", self.pgid)
+        if not self._wait_group_gone(grace_left):
+            _signal_group(self.pgid, signal.SIGKILL)
+            self._signal_escaped(signal.SIGKILL)
+            if not self._wait_group_gone(KILL_WAIT_SECONDS):
+                log.warning("hook process group %d survived SIGKILL (stuck in D state?)", self.pgid)
+        for _ in range(ESCAPE_SWEEP_ROUNDS):
+            if not self._find_escaped():
+                break
+            self._signal_escaped(signal.SIGKILL)
+            self._wait_group_gone(KILL_WAIT_SECONDS)
 
     def _wait_group_gone(self, seconds: float) -> bool:
-        """Wait up to ``seconds`` for every member to end, draining the pipes meanwhile.
+        """Wait up to ``seconds`` for every member and escapee to end, draining the pipes.
 
         Draining matters: a member handling SIGTERM by printing must not block on a full pipe.
         """
@@ -627,7 +701,11 @@ class _HookRun:
         until = time.monotonic() + seconds
         while True:
             self._reap()
-            if self.proc.returncode is not None and not _group_alive(self.pgid):
+            if (
+                self.proc.returncode is not None
+                and not _group_alive(self.pgid)
+                and not any(escapee.alive() for escapee in self.escapees.values())
+            ):
                 return True
             left = until - time.monotonic()
             if left <= 0:
@@ -643,11 +721,63 @@ class _HookRun:
             self._close_pipe(fd)
         self._close_pidfd()
         self._reap()
+        for escapee in self.escapees.values():
+            escapee.release()
         if self.meter is not None and self.proc is not None:
             try:
                 self._charge(self.finished)
             except Exception:  # the result stands even when the meter is down
                 log.warning("could not charge the hook budget", exc_info=True)
+
+    # -- processes that escaped the group ---------------------------------------------------------
+
+    def _find_escaped(self) -> list[_Escapee]:
+        """Look for processes that escaped the group; hold a pidfd on each new one found.
+
+        Candidates are the pids born since the shell. One is ours when it is not in the group
+        (``killpg`` reaches those) and its environment holds the hook's token, or, under a
+        subreaper with this the only hook of the process, when it is an orphan re-parented to us
+        from another session. Such orphans that already exited (zombies) are reaped on the way.
+        """
+        if self.proc is None or not self.token:
+            return []
+        needle = HOOK_TOKEN_ENV.encode() + b"=" + self.token
+        me = os.getpid()
+        orphans_are_ours = subreaper_enabled() and _active_hooks == 1
+        my_session = os.getsid(0)
+        found: list[_Escapee] = []
+        give_up = time.monotonic() + ESCAPE_SCAN_SECONDS
+        for pid in _pids_born_since(self.proc.pid):
+            if time.monotonic() > give_up:
+                log.warning("gave up searching for processes that escaped hook %d", self.pgid)
+                break
+            if pid in self.escapees or pid == me:
+                continue
+            stat = _read_stat(pid)
+            if stat is None or stat.pgrp == self.pgid:
+                continue
+            orphan = orphans_are_ours and stat.ppid == me and stat.session != my_session
+            if stat.zombie:
+                if orphan:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)
+                continue
+            if not (orphan or _environ_holds(pid, needle)):
+                continue
+            escapee = _Escapee.open(pid)
+            # Checked again through the pidfd's process: the pid may have been reused meanwhile.
+            if escapee is None or not (orphan or _environ_holds(pid, needle)):
+                if escapee is not None:
+                    escapee.release()
+                continue
+            self.escapees[pid] = escapee
+            found.append(escapee)
+        self.escaped_stopped += len(found)
+        return found
+
+    def _signal_escaped(self, signum: int) -> None:
+        for escapee in self.escapees.values():
+            escapee.signal(signum)
 
     # -- the result -----------------------------------------------------------------------------
 
@@ -669,6 +799,8 @@ class _HookRun:
                 reason += f" ({_EXIT_HINTS[exit_code]})"
         if self.leftovers_stopped:
             reason += "; what it left running in its process group was stopped"
+        if self.escaped_stopped:
+            reason += f"; {self.escaped_stopped} escaped process(es) were stopped"
         stdout, stderr = self.stdout, self.stderr
         duration = 0.0 if self.proc is None else (self.finished or time.monotonic()) - self.started
         return HookResult(
@@ -685,7 +817,189 @@ class _HookRun:
             reason=reason,
             host=_host(),
             pgid=self.pgid,
+            escaped=self.escaped_stopped,
         )
+
+
+# -- escaped processes ----------------------------------------------------------------------------
+
+# Hooks running in this process right now (threads): an orphan re-parented to a subreaper can be
+# attributed to a hook without its token only when there is one.
+_active_hooks = 0
+_active_lock = threading.Lock()
+_subreaper_pid: int | None = None
+
+
+def _count_active_hooks(change: int) -> None:
+    global _active_hooks
+    with _active_lock:
+        _active_hooks += change
+
+
+def enable_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux); True when it is.
+
+    A hook's daemon, ``setsid``'d or double-forked, is then re-parented to this process instead
+    of init: it stays findable, is reaped here, and an orphan that cleared its environment can
+    still be attributed to the hook (module docstring). The setting is not inherited across
+    ``fork``, so each worker pool process calls this itself (``worker_process_init``). Do not
+    call it in a process that runs anything else: every orphan below it becomes its to reap.
+    """
+    global _subreaper_pid
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_CHILD_SUBREAPER): %s", os.strerror(ctypes.get_errno()))
+            return False
+    except (OSError, AttributeError) as exc:
+        log.warning("cannot become a child subreaper: %s", exc)
+        return False
+    _subreaper_pid = os.getpid()
+    return True
+
+
+def subreaper_enabled() -> bool:
+    """Whether :func:`enable_subreaper` succeeded in this very process (not a forked parent)."""
+    return _subreaper_pid == os.getpid()
+
+
+class _Stat:
+    __slots__ = ("pgrp", "ppid", "session", "zombie")
+
+    def __init__(self, zombie: bool, ppid: int, pgrp: int, session: int) -> None:
+        self.zombie, self.ppid, self.pgrp, self.session = zombie, ppid, pgrp, session
+
+
+def _read_stat(pid: int) -> _Stat | None:
+    """State, parent, group and session of ``pid`` from /proc, or None when it is gone."""
+    try:
+        stat = _read_proc_file(f"/proc/{pid}/stat")
+        state, ppid, pgrp, session = stat[stat.rfind(b")") + 2 :].split(maxsplit=4)[:4]
+        return _Stat(state in (b"Z", b"X"), int(ppid), int(pgrp), int(session))
+    except (OSError, ValueError):
+        return None
+
+
+def _environ_holds(pid: int, needle: bytes) -> bool:
+    """Whether the environment ``pid`` was started with holds ``needle`` (NAME=value)."""
+    try:
+        environ = _read_proc_file(f"/proc/{pid}/environ")
+    except OSError:  # gone, or another user's process
+        return False
+    return environ.startswith(needle + b"\0") or b"\0" + needle + b"\0" in environ
+
+
+_last_pid_fd: int | None = None
+
+
+def _last_pid() -> int | None:
+    """The pid the kernel handed out last in this pid namespace, or None when unknown.
+
+    The file stays open (one per process, close-on-exec): a ``pread`` on it costs a fraction of
+    an open, read and close, and this runs after every hook.
+    """
+    global _last_pid_fd
+    try:
+        if _last_pid_fd is None:
+            _last_pid_fd = os.open("/proc/sys/kernel/ns_last_pid", os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(_last_pid_fd, 32, 0))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_proc_file(path: str) -> bytes:
+    """A /proc file's bytes, through raw descriptors: this runs after every hook, and a
+    buffered ``open()`` costs about three times as much."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, PROC_READ_BYTES)]
+        # A short read is the whole file here (stat, environ, a sysctl): another read(2) to see
+        # the end would cost as much again.
+        while len(chunks[-1]) == PROC_READ_BYTES:
+            chunks.append(os.read(fd, PROC_READ_BYTES))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _pids_born_since(first: int) -> Iterator[int]:
+    """Pids (and thread ids) handed out after ``first``: every descendant of a hook whose shell
+    got ``first``.
+
+    Linux hands pids out cyclically, so these are the pids after ``first`` up to the last one
+    handed out, wrapping at ``pid_max``. A narrow window (the common case: a hook that forked
+    little on a quiet host) is probed pid by pid, which costs a few microseconds a pid; a wide
+    or wrapped one filters a listing of /proc; without ``ns_last_pid`` every process is a
+    candidate.
+    """
+    last = _last_pid()
+    if last is not None and first <= last <= first + PID_PROBE_MAX:
+        yield from range(first + 1, last + 1)
+        return
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return
+    for name in names:
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if last is None:
+            yield pid
+        elif last >= first:
+            if first < pid <= last:
+                yield pid
+        elif pid > first or pid <= last:  # wrapped at pid_max
+            yield pid
+
+
+class _Escapee:
+    """A process that escaped the hook's group, held by a pidfd where the kernel has them."""
+
+    __slots__ = ("pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: int | None) -> None:
+        self.pid, self.pidfd = pid, pidfd
+
+    @classmethod
+    def open(cls, pid: int) -> _Escapee | None:
+        """Hold ``pid``; None when it is gone (or is a thread, which pidfds do not take)."""
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd_open is None:
+            return cls(pid, None) if _read_stat(pid) is not None else None
+        try:
+            return cls(pid, cast(int, pidfd_open(pid)))
+        except OSError:
+            return None
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            else:
+                os.kill(self.pid, signum)
+
+    def alive(self) -> bool:
+        """Still running (a zombie is not): a pidfd turns readable when its process exits."""
+        if self.pidfd is not None:
+            poller = select.poll()  # not select(): a pool process may hold fds above 1024
+            poller.register(self.pidfd, select.POLLIN)
+            return not poller.poll(0)
+        stat = _read_stat(self.pid)
+        return stat is not None and not stat.zombie
+
+    def release(self) -> None:
+        """Reap it if it is our child (under a subreaper), and close the pidfd. Idempotent."""
+        with contextlib.suppress(ChildProcessError, OSError):
+            if self.pidfd is not None and hasattr(os, "P_PIDFD"):
+                os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+            elif not self.alive():
+                os.waitpid(self.pid, os.WNOHANG)
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 def _signal_group(pgid: int, signum: int) -> None:

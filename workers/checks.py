@@ -3,13 +3,16 @@
 A worker refuses to start (exit 2, one clear line) rather than run with a setting that breaks a
 promise: another pool than prefork (Celery time limits need it, so a hook could never be cut
 off), a visibility timeout shorter than the longest hard time limit (a long dump would be
-delivered twice), or an invalid config.
+delivered twice), an invalid config, or local storage it cannot write to (every run would fail
+at its end, after the hooks and the dump).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 from typing import Any
 
 from celery import signals
@@ -49,13 +52,31 @@ def check_worker(pool: Any) -> None:
     except (ConfigError, LimitError) as exc:
         detail = "; ".join(getattr(exc, "violations", [str(exc)]))
         raise StartupRefused(f"invalid config: {detail}") from None
+    check_local_storage(cfg.storage)
     longest = longest_hard_limit(list(cfg.jobs), limits)
     visibility = context.settings().visibility_timeout
-    if visibility <= longest:
+    # Only the Redis transport redelivers after visibility_timeout; RabbitMQ has consumer_timeout.
+    redis_broker = context.settings().broker_url.startswith(("redis", "sentinel"))
+    if redis_broker and visibility <= longest:
         raise StartupRefused(
             f"BACKUPY_VISIBILITY_TIMEOUT is {visibility:g}s but the longest hard time limit is "
             f"{longest:g}s: a task still running would be delivered twice; raise it above that"
         )
+
+
+def check_local_storage(storage: Any) -> None:
+    """Local storage must be a directory this worker can write: made if missing, test-written."""
+    if getattr(storage, "type", None) != "local":
+        return
+    path = os.path.abspath(storage.path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".backupy-write-test-"):
+            pass
+    except OSError as exc:
+        raise StartupRefused(
+            f"local storage {path} is not writable: {exc.strerror or exc}"
+        ) from None
 
 
 @signals.celeryd_init.connect
@@ -74,8 +95,10 @@ def refuse_bad_settings(sender: Any = None, instance: Any = None, **kwargs: Any)
 def fresh_connections_in_pool_process(**_: Any) -> None:
     """A forked pool process must not reuse its parent's Redis sockets."""
     from tasks import context
+    from tasks.hooks import enable_subreaper
 
     context.reset_clients()
+    enable_subreaper()  # a hook's setsid'd or double-forked daemons stay findable (tasks.hooks)
 
 
 @signals.worker_ready.connect
@@ -84,3 +107,12 @@ def start_supervisor(sender: Any = None, **_: Any) -> None:
     from workers.supervisor import OrphanSupervisor
 
     OrphanSupervisor.start_in_background()
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def structured_logs(logger: Any = None, format: Any = None, **_: Any) -> None:
+    """BACKUPY_LOG_FORMAT, run fields and secret masking on Celery's handlers (workers.logs)."""
+    from workers.logs import install_on_logger
+
+    install_on_logger(logger, format)

@@ -44,15 +44,29 @@ def _exit_with(lines: list[str]) -> NoReturn:
     raise SystemExit(EXIT_CONFIG)
 
 
-def _load_or_exit(path: str | None) -> Config:
-    """The validated config, or exit 2 listing every violation on stderr (no traceback)."""
+def _load_or_exit(path: str | None, *, one_line: bool = False) -> Config:
+    """The validated config, or exit 2 listing every violation on stderr (no traceback).
+
+    ``one_line``: the commands that only need a config (``jobs``, ``run``) say what is wrong in
+    one line, the first violations and their count; ``validate`` lists them all.
+    """
     source = path if path is not None else config_path()
     try:
         return load_config(source)
     except ConfigError as exc:
+        if one_line:
+            _exit_with([_violations_line(str(source), exc.violations)])
         _exit_with([f"{source}: {len(exc.violations)} violation(s)", *exc.violations])
     except LimitError as exc:
         _exit_with([f"backupy: operator limit override refused: {exc}"])
+
+
+def _violations_line(source: str, violations: list[str], shown: int = 3) -> str:
+    """``backupy: FILE: N violation(s): first; second; third (+M more: backupy validate)``."""
+    parts = [violation.removeprefix(f"{source}: ") for violation in violations[:shown]]
+    more = len(violations) - shown
+    tail = f" (+{more} more: backupy validate -c {source})" if more > 0 else ""
+    return f"backupy: {source}: {len(violations)} violation(s): {'; '.join(parts)}{tail}"
 
 
 def _job_summary(config: Config, job: Job, width: int) -> str:

@@ -63,7 +63,7 @@ def print_json(value: Any) -> None:
 @config_option
 def jobs(config_file: str | None) -> None:
     """The jobs, their schedules (UTC) and next run times."""
-    cfg = _load_or_exit(config_file)
+    cfg = _load_or_exit(config_file, one_line=True)
     table = Table(show_header=True, header_style="bold")
     for column in ("job", "schedule", "next run (UTC)", "queue", "target", "hooks", "budget"):
         table.add_column(column)
@@ -91,7 +91,7 @@ def run(job_id: str, wait: bool, config_file: str | None) -> None:
     from workers.app import app
     from workers.trigger import trigger_run
 
-    cfg = _load_or_exit(config_file)
+    cfg = _load_or_exit(config_file, one_line=True)
     if job_id not in {job.id for job in cfg.jobs}:
         fail(f"no job {job_id!r} in the config (jobs: {', '.join(j.id for j in cfg.jobs)})")
     store = connected_store()
