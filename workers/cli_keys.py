@@ -9,7 +9,7 @@ import click
 
 from tasks.artifacts import ArtifactError, decrypt_file
 from tasks.keys import KeyFileError, generate_identity
-from workers.cli import EXIT_CONFIG
+from workers.cli_common import EXIT_CONFIG
 
 
 @click.command()

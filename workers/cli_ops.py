@@ -9,8 +9,6 @@
   complete; 2 for bad input (unknown job, a job without a retention policy, a bad config,
   unreachable Redis), as one ``backupy: ...`` line on stderr.
 
-This module imports :mod:`workers.cli` only inside the commands: ``workers.cli`` imports the
-command modules when it loads, so a top-level import here would be circular.
 """
 
 from __future__ import annotations
@@ -20,43 +18,17 @@ import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from types import ModuleType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 import redis
 
+from workers.cli_common import _load_or_exit, config_option, connected_store, fail
 from workers.exporter import DEFAULT_ADDR, DEFAULT_PORT
 
 EXIT_PRUNE_FAILED = 1
 
 F = TypeVar("F", bound=Callable[..., object])
-
-
-def _cli() -> tuple[ModuleType, ModuleType]:
-    """``workers.cli`` first (it loads the command modules), then ``workers.cli_runs``."""
-    import workers.cli
-    from workers import cli_runs
-
-    return workers.cli, cli_runs
-
-
-def _config_option(func: F) -> F:
-    """The same ``-c/--config FILE`` as every other command (workers.cli.config_option)."""
-    return click.option(
-        "-c",
-        "--config",
-        "config_file",
-        default=None,
-        metavar="FILE",
-        help="Job config file [default: $BACKUPY_CONFIG or config/jobs.yaml].",
-    )(func)
-
-
-def _fail(message: str, code: int | None = None) -> NoReturn:
-    cli, _ = _cli()
-    click.echo(f"backupy: {message}", err=True)
-    raise SystemExit(cli.EXIT_CONFIG if code is None else code)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,24 +44,23 @@ def _fail(message: str, code: int | None = None) -> NoReturn:
     help="TCP port of /metrics (0: any free port, printed at start).",
 )
 @click.option("--addr", default=DEFAULT_ADDR, show_default=True, help="Address to listen on.")
-@_config_option
+@config_option
 def exporter(port: int, addr: str, config_file: str | None) -> None:
     """Serve Prometheus metrics read from the run store, until SIGTERM/SIGINT."""
     from tasks import context
     from workers.exporter import BackupyCollector, make_registry, run_until, serve
     from workers.logs import configure_logging
 
-    cli, cli_runs = _cli()
     configure_logging(logging.INFO)  # BACKUPY_LOG_FORMAT, with secrets masked
-    cfg = cli._load_or_exit(config_file)
-    store = cli_runs.connected_store()
+    cfg = _load_or_exit(config_file)
+    store = connected_store()
     job_ids = [job.id for job in cfg.jobs]
     collector = BackupyCollector(store.client, context.settings().prefix, job_ids)
     registry = make_registry(collector)
     try:
         server = serve(registry, addr, port)
     except OSError as exc:
-        _fail(f"cannot listen on {addr}:{port}: {exc.strerror or exc}")
+        fail(f"cannot listen on {addr}:{port}: {exc.strerror or exc}")
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -119,34 +90,33 @@ def _when(epoch: float | None) -> str:
 @click.command()
 @click.argument("job_id")
 @click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
-@_config_option
+@config_option
 def prune(job_id: str, dry_run: bool, config_file: str | None) -> None:
     """Apply JOB's retention policy: delete the backups it does not keep."""
     from tasks.retention import PruneBusyError, apply_retention, has_rules
     from tasks.storage import StorageError, storage_from_config
 
-    cli, cli_runs = _cli()
-    cfg = cli._load_or_exit(config_file)
+    cfg = _load_or_exit(config_file)
     known = [job.id for job in cfg.jobs]
     if job_id not in known:
-        _fail(f"no job {job_id!r} in the config (jobs: {', '.join(known) or 'none'})")
+        fail(f"no job {job_id!r} in the config (jobs: {', '.join(known) or 'none'})")
     policy = cfg.job(job_id).retention
     if not has_rules(policy):
-        _fail(
+        fail(
             f"job {job_id!r} has no retention policy (set retention: keep_last / keep_daily / "
             "keep_weekly / keep_monthly in its config): nothing to prune"
         )
     try:
         storage = storage_from_config(cfg.storage)
     except StorageError as exc:
-        _fail(f"storage: {exc}")
-    store = cli_runs.connected_store()
+        fail(f"storage: {exc}")
+    store = connected_store()
     try:
         report = apply_retention(store, storage, job_id, policy, dry_run=dry_run)
     except PruneBusyError as exc:
-        _fail(f"{exc}; nothing pruned, try again later", EXIT_PRUNE_FAILED)
+        fail(f"{exc}; nothing pruned, try again later", EXIT_PRUNE_FAILED)
     except redis.RedisError as exc:
-        _fail(f"the run store failed during the prune: {type(exc).__name__}", EXIT_PRUNE_FAILED)
+        fail(f"the run store failed during the prune: {type(exc).__name__}", EXIT_PRUNE_FAILED)
 
     delete_word = "would delete" if dry_run else "delete"
     width = len(delete_word)

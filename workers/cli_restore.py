@@ -1,51 +1,14 @@
 """`backupy restore RUN --to URL|PATH [-i KEYFILE] [--force]`.
 
-Every error is one line on stderr (``backupy: …``), never a traceback. This module does not
-import ``workers.cli`` (which registers it), so ``from workers.cli_restore import restore``
-works on its own and in any import order.
+Every error is one line on stderr (``backupy: …``), never a traceback.
 """
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 import click
-import redis
 
-from config.jobs import Config, ConfigError, load_config
-from config.limits import LimitError
-from config.settings import redact_url
-from tasks import context
-from tasks.restore import EXIT_FAILED, EXIT_INPUT, RestoreError, restore_run
-from tasks.runs import RunStore
-
-
-def _fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
-    click.echo(f"backupy: {' '.join(str(message).split())}", err=True)
-    raise SystemExit(code)
-
-
-def _config(path: str | None) -> Config:
-    try:
-        return load_config(path, limits=context.limits()) if path else context.config()
-    except ConfigError as exc:
-        first = "; ".join(exc.violations[:3])
-        more = f" (+{len(exc.violations) - 3} more)" if len(exc.violations) > 3 else ""
-        _fail(f"the config has {len(exc.violations)} violation(s): {first}{more}")
-    except LimitError as exc:
-        _fail(f"operator limit override refused: {exc}")
-    except OSError as exc:
-        _fail(f"cannot read the config: {exc.strerror or exc}")
-
-
-def _store() -> RunStore:
-    store = context.run_store()
-    try:
-        store.client.ping()
-    except redis.RedisError as exc:
-        url = redact_url(context.settings().redis_url)
-        _fail(f"cannot reach Redis at {url}: {type(exc).__name__}")
-    return store
+from tasks.restore import EXIT_FAILED, RestoreError, restore_run
+from workers.cli_common import _load_or_exit, connected_store, fail
 
 
 @click.command()
@@ -95,16 +58,16 @@ def restore(
       2  bad input, nothing was loaded: unknown run, bad key file, existing target, bad URL,
          no driver for the target, bad config, Redis unreachable
     """
-    cfg = _config(config_file)
-    store = _store()
+    cfg = _load_or_exit(config_file, one_line=True)
+    store = connected_store()
     try:
         result = restore_run(
             run_id, to, store=store, config=cfg, identity_path=identity, force=force
         )
     except RestoreError as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     except Exception as exc:  # an operator reads this: one line, and exit 1
-        _fail(f"restore failed: {type(exc).__name__}: {exc}", EXIT_FAILED)
+        fail(f"restore failed: {type(exc).__name__}: {exc}", EXIT_FAILED)
     click.echo(
         f"restored run {result.run_id} of {result.job} ({result.driver}, "
         f"{result.raw_bytes} bytes, sha256 {result.sha256[:12]} verified) into {result.target}"

@@ -9,41 +9,23 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 import click
-import redis
 from croniter import croniter
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from config.jobs import format_duration
-from config.settings import redact_url
-from tasks import context
 from tasks.runs import FINAL_STATES, RunStore, is_run_id
-from workers.cli import EXIT_CONFIG, _load_or_exit, config_option
+from workers.cli_common import _load_or_exit, config_option, connected_store, fail
 from workers.render import render_run, runs_table
 
 # How often `run --wait` redraws; the dump's progress is written about once a second.
 WAIT_REFRESH_SECONDS = 0.25
 # How long `run --wait` waits for a worker to pick the run up before it says so.
 PICKUP_TIMEOUT_SECONDS = 60.0
-
-
-def fail(message: str) -> NoReturn:
-    click.echo(f"backupy: {message}", err=True)
-    raise SystemExit(EXIT_CONFIG)
-
-
-def connected_store() -> RunStore:
-    store = context.run_store()
-    try:
-        store.client.ping()
-    except redis.RedisError as exc:
-        url = redact_url(context.settings().redis_url)
-        fail(f"cannot reach Redis at {url}: {type(exc).__name__}")
-    return store
 
 
 def find_run(store: RunStore, run_id: str) -> dict[str, Any]:
