@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from tasks.restore import EXIT_FAILED, RestoreError, restore_run
-from workers.cli_common import _load_or_exit, connected_store, fail
+from workers.cli_common import _load_or_exit, config_option, connected_store, fail
 
 
 @click.command()
@@ -32,14 +32,7 @@ from workers.cli_common import _load_or_exit, connected_store, fail
 @click.option(
     "--force", is_flag=True, help="Replace an existing dump FILE (never an SQLite database)."
 )
-@click.option(
-    "-c",
-    "--config",
-    "config_file",
-    default=None,
-    metavar="FILE",
-    help="Job config file [default: $BACKUPY_CONFIG or config/jobs.yaml].",
-)
+@config_option
 def restore(
     run_id: str, to: str, identity: str | None, force: bool, config_file: str | None
 ) -> None:
