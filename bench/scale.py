@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import redis
-import yaml
-
 from bench.common import Figure, median, percentile, print_table
-from config.jobs import Config, load_config
-from config.limits import Limits
-from config.settings import load_settings
-from tasks.dump_task import dump_to_storage
-from tasks.hooks import run_hook
-from tasks.keys import generate_identity
-from tasks.runs import FINAL_STATES, RunStore, new_run_id
-from workers.app import create_app
-from workers.processes import ProcessHandle, wait_for, worker_argv
+from bench.fleet import Fleet, direct_run
+from config.jobs import Config
+from tasks.runs import FINAL_STATES
+from workers.processes import wait_for
 from workers.trigger import trigger_run
 
 JOBS = 300
@@ -50,47 +40,8 @@ def job_spec(job_id: str, db: Path, queue: str) -> dict[str, Any]:
     }
 
 
-class Fleet:
-    """A config of ``jobs`` jobs, two workers serving them, and the run store to watch."""
-
-    def __init__(self, work: Path, redis_url: str, jobs: int) -> None:
-        self.work = work
-        self.tag = uuid.uuid4().hex[:8]
-        self.queue = f"scale-{self.tag}"
-        db = work / "app.db"
-        with sqlite3.connect(db) as conn:
-            conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-            conn.executemany("INSERT INTO t (v) VALUES (?)", [(f"r{i}",) for i in range(200)])
-        document = {
-            "storage": {"type": "local", "path": str(work / "backups")},
-            "encryption": {"recipients": [generate_identity(work / "key.txt")]},
-            "jobs": [job_spec(f"job-{i:03d}", db, self.queue) for i in range(jobs)],
-        }
-        self.config_path = work / "jobs.yaml"
-        self.config_path.write_text(yaml.safe_dump(document))
-        self.cfg = load_config(self.config_path)
-        self.env = {
-            **os.environ,
-            "BACKUPY_REDIS_URL": redis_url,
-            "BACKUPY_CONFIG": str(self.config_path),
-            "BACKUPY_PREFIX": f"backupy-scale:{self.tag}:",
-            "BACKUPY_CONTROL_QUEUE": f"scale-ctl-{self.tag}",
-        }
-        settings = load_settings(self.env)
-        self.app = create_app(settings)
-        self.client = redis.Redis.from_url(redis_url)
-        self.store = RunStore(self.client, settings.prefix)
-        self.workers: list[ProcessHandle] = []
-
-    def start_workers(self, count: int = 2, concurrency: int = 2) -> None:
-        for n in range(count):
-            argv = worker_argv(
-                [self.queue, self.env["BACKUPY_CONTROL_QUEUE"]], f"s{n}-{self.tag}@%h", concurrency
-            )
-            argv[argv.index("-l") + 1] = "WARNING"
-            handle = ProcessHandle(argv, self.env, self.work / f"worker-{n}.log").start()
-            self.workers.append(handle)
-        wait_for(lambda: len(self.app.control.ping(timeout=0.5)) >= count, 60, "the workers")
+class ScaleFleet(Fleet):
+    """Triggers everything at once and waits for the queue to drain."""
 
     def trigger_all(self) -> tuple[list[str], float]:
         """Everything due at once; returns the run ids and when they were due."""
@@ -110,14 +61,6 @@ class Fleet:
             return None
 
         return wait_for(all_final, DRAIN_TIMEOUT_SECONDS, "every run to end", interval=0.2)
-
-    def stop(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-        keys = list(self.client.scan_iter(match=f"{self.env['BACKUPY_PREFIX']}*", count=1000))
-        for start in range(0, len(keys), 500):
-            self.client.delete(*keys[start : start + 500])
-        self.app.close()
 
 
 class ScaleRuleBroken(AssertionError):
@@ -142,24 +85,16 @@ def check(runs: list[dict[str, Any]], jobs: int) -> Counter[str]:
 
 def direct_seconds_per_run(cfg: Config) -> float:
     """The same work (a `true` pre-hook, the dump, a `true` post-hook) with no orchestration."""
-    job, limits = cfg.jobs[0], Limits()
-    times = []
-    for _ in range(20):
-        began = time.perf_counter()
-        run_hook("true", limits=limits)
-        dump_to_storage(cfg, job, new_run_id(), time.time())
-        run_hook("true", limits=limits)
-        times.append(time.perf_counter() - began)
-    return median(times)
+    return median([direct_run(cfg, cfg.jobs[0].id) for _ in range(20)])
 
 
 def run(jobs: int) -> dict[str, Any]:
     redis_url = os.environ.get("BACKUPY_REDIS_URL", "redis://127.0.0.1:6379/0")
     with tempfile.TemporaryDirectory(prefix="backupy-scale-") as tmp:
-        fleet = Fleet(Path(tmp), redis_url, jobs)
+        fleet = ScaleFleet(Path(tmp), redis_url, jobs, job_spec, rows=200, name="scale")
         try:
             direct = direct_seconds_per_run(fleet.cfg)
-            fleet.start_workers()
+            fleet.start_workers(count=2, concurrency=2)
             ids, due = fleet.trigger_all()
             runs = fleet.drain(ids)
             drained = time.time() - due

@@ -38,6 +38,7 @@ from tasks.drivers.tool import (
     parse_server_url,
     refuse_options,
     restore_options,
+    restore_target,
     tool_version,
 )
 
@@ -88,7 +89,7 @@ class MySQLDriver(ToolDriver):
 
     def restore(self, target_or_path: Any, source: BinaryIO) -> None:
         """Load the SQL from ``source`` into the existing database (see the module)."""
-        target = _restore_target(target_or_path)
+        target = restore_target(target_or_path, parse_restore_url)
         executable = find_tool(CLIENT_TOOLS, PACKAGE)
         password = secrets.read_password(target)
         with secrets.mysql_defaults_file(password) as defaults:
@@ -168,22 +169,14 @@ def query_argv(executable: str, target: Any, defaults_file: Any, sql: str) -> li
 
 def parse_restore_url(url: str) -> RestoreTarget:
     """``mysql://user@host:port/db`` or ``mariadb://…`` (``?password_env=NAME``) → a target."""
-    target = parse_server_url(
+    return parse_server_url(
         url,
         schemes=("mysql", "mariadb"),
         default_port=3306,
         kind="MySQL/MariaDB",
         password_hint="use ?password_env=NAME or ?password_file=PATH",
+        database_required=True,
     )
-    if not target.database:
-        raise DriverError("the MySQL/MariaDB restore URL names no database (…/DATABASE)")
-    return target
-
-
-def _restore_target(target_or_url: Any) -> Any:
-    if isinstance(target_or_url, str):
-        return parse_restore_url(target_or_url)
-    return target_or_url
 
 
 def _basename(executable: str) -> str:

@@ -35,6 +35,7 @@ from tasks.drivers.tool import (
     parse_server_url,
     refuse_options,
     restore_options,
+    restore_target,
     tool_version,
 )
 
@@ -79,7 +80,7 @@ class PostgresDriver(ToolDriver):
 
     def restore(self, target_or_path: Any, source: BinaryIO) -> None:
         """Load a custom-format dump from ``source`` into the existing database (see module)."""
-        target = _restore_target(target_or_path)
+        target = restore_target(target_or_path, parse_restore_url)
         executable = find_tool("pg_restore", PACKAGE)
         argv = restore_argv(executable, target)
         password = secrets.read_password(target)
@@ -171,22 +172,14 @@ def psql_argv(executable: str, target: Any, sql: str) -> list[str]:
 
 def parse_restore_url(url: str) -> RestoreTarget:
     """``postgresql://user@host:port/db[?password_env=NAME]`` → a restore target."""
-    target = parse_server_url(
+    return parse_server_url(
         url,
         schemes=("postgresql", "postgres"),
         default_port=5432,
         kind="PostgreSQL",
         password_hint="use ?password_env=NAME or ?password_file=PATH, or a PGPASSFILE",
+        database_required=True,
     )
-    if not target.database:
-        raise DriverError("the PostgreSQL restore URL names no database (…/DATABASE)")
-    return target
-
-
-def _restore_target(target_or_url: Any) -> Any:
-    if isinstance(target_or_url, str):
-        return parse_restore_url(target_or_url)
-    return target_or_url
 
 
 def _required(target: Any, field: str) -> str:

@@ -30,9 +30,9 @@ import signal
 import stat
 import subprocess
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from tasks.drivers.base import DriverError, ProgressFn
@@ -465,7 +465,13 @@ def restore_options(target: object) -> list[str]:
 
 
 def parse_server_url(
-    url: str, *, schemes: Sequence[str], default_port: int, kind: str, password_hint: str
+    url: str,
+    *,
+    schemes: Sequence[str],
+    default_port: int,
+    kind: str,
+    password_hint: str,
+    database_required: bool = False,
 ) -> RestoreTarget:
     """``scheme://user@host:port/database[?password_env=NAME|password_file=PATH]``.
 
@@ -509,6 +515,8 @@ def parse_server_url(
     for label, value in (("database", database), ("user", user), ("host", parts.hostname)):
         if value is not None and (value.startswith("-") or "\x00" in value):
             raise DriverError(f"the {kind} restore URL's {label} is not a plain name")
+    if database_required and not database:
+        raise DriverError(f"the {kind} restore URL names no database (…/DATABASE)")
     return RestoreTarget(
         host=parts.hostname,
         port=port or default_port,
@@ -531,3 +539,8 @@ class ToolDriver:
 
     def cancel(self) -> None:
         self._runner.cancel()
+
+
+def restore_target(target_or_url: Any, parse: Callable[[str], Any]) -> Any:
+    """A restore target as given, or parsed from a URL by the driver's ``parse_restore_url``."""
+    return parse(target_or_url) if isinstance(target_or_url, str) else target_or_url
