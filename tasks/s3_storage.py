@@ -27,12 +27,12 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, BinaryIO, Self
 
 from tasks.storage import (
     PARTIAL_MARKER,
     STALE_PARTIAL_SECONDS,
+    AbortOnExit,
     LocalStorage,
     StorageError,
     StorageKeyError,
@@ -371,7 +371,7 @@ class _S3ReadStream:
         self.close()
 
 
-class S3MultipartWriter:
+class S3MultipartWriter(AbortOnExit):
     """An :class:`~tasks.storage.AtomicWriter` on a multipart upload, one part in memory.
 
     The upload is created when the first part is full; a write that never fills a part is one
@@ -475,17 +475,6 @@ class S3MultipartWriter:
         except Exception as exc:
             # Never mask the error that made us abort; the sweep removes what is left.
             log.warning("%s", self.storage._error("abort the upload of", self.key, exc))
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.abort()
 
 
 def s3_storage_from_config(storage_cfg: Any) -> S3Storage:

@@ -183,7 +183,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class AtomicFileWriter:
+class AbortOnExit:
+    """Leaving the ``with`` block without ``commit()`` aborts: nothing half-written stays.
+
+    (``abort`` after ``commit`` does nothing, so the normal path is unaffected.)"""
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+
+class AtomicFileWriter(AbortOnExit):
     """Write ``final_path`` through ``.{name}.partial-{random}`` in the same directory.
 
     Same directory, so the final ``os.replace`` is a rename within one filesystem (atomic).
@@ -255,17 +275,6 @@ class AtomicFileWriter:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.abort()
 
 
 class LocalStorage:
