@@ -13,6 +13,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+# boto3's default credential chain ends with the EC2 metadata service at 169.254.169.254: tests
+# (and the worker processes they start, which inherit this environment) must never reach out
+# of this machine, so that lookup is switched off for the whole suite.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
 REDIS_URL = os.environ.get("BACKUPY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 UNDER_CI = os.environ.get("CI", "").lower() == "true"
 
