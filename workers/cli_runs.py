@@ -100,6 +100,8 @@ def follow(store: RunStore, run_id: str, console: Console | None = None) -> dict
             time.sleep(WAIT_REFRESH_SECONDS)  # redraw interval
             run = store.get(run_id) or run
             live.update(render_run(run))
+    if not console.is_terminal:
+        console.line()  # the last frame ends without a newline when output is not a terminal
     return run
 
 
