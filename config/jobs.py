@@ -55,6 +55,12 @@ from pydantic import (
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from config.limits import Limits, load_limits, parse_duration
+from config.tool_options import (
+    MONGODB_REFUSED,
+    MYSQL_REFUSED,
+    POSTGRESQL_REFUSED,
+    matching_flag,
+)
 
 DEFAULT_CONFIG_PATH = "config/jobs.yaml"
 CONFIG_PATH_ENV = "BACKUPY_CONFIG"
@@ -270,6 +276,8 @@ class _OptionsTarget(_PasswordRef):
 
     # The short flag that takes a password for this tool (mysqldump / mongodump: -p).
     short_password_flag: ClassVar[str | None] = None
+    # Options that would break the artifact stream (config.tool_options).
+    refused_options: ClassVar[tuple[str, ...]] = ()
     options: list[str] = []
 
     @field_validator("options")
@@ -284,10 +292,18 @@ class _OptionsTarget(_PasswordRef):
                     "a password does not go in options (argv is visible to every user of the "
                     "host): use password_env or password_file",
                 )
+            flag = matching_flag(option, cls.refused_options)
+            if flag is not None:
+                raise _rule(
+                    "dump_option",
+                    f"{flag} is not allowed: the dump always goes, in its own format, to the "
+                    "artifact stream",
+                )
         return options
 
 
 class PostgresTarget(_OptionsTarget):
+    refused_options: ClassVar[tuple[str, ...]] = POSTGRESQL_REFUSED
     type: Literal["postgresql"]
     host: PlainName
     port: Port = 5432
@@ -297,6 +313,7 @@ class PostgresTarget(_OptionsTarget):
 
 class MySQLTarget(_OptionsTarget):
     short_password_flag: ClassVar[str | None] = "-p"
+    refused_options: ClassVar[tuple[str, ...]] = MYSQL_REFUSED
     type: Literal["mysql"]
     host: PlainName
     port: Port = 3306
@@ -342,6 +359,7 @@ class MongoTarget(_OptionsTarget):
     """Either ``uri`` (without a password) or host/port/database/user."""
 
     short_password_flag: ClassVar[str | None] = "-p"
+    refused_options: ClassVar[tuple[str, ...]] = MONGODB_REFUSED
     type: Literal["mongodb"]
     uri: Annotated[str, AfterValidator(_uri_without_password)] | None = None
     host: PlainName | None = None

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from config.tool_options import MONGODB_REFUSED
 from tasks.drivers import secrets
 from tasks.drivers.base import DriverError, DumpInfo, ProgressFn
 from tasks.drivers.tool import (
@@ -40,7 +41,7 @@ from tasks.drivers.tool import (
 PACKAGE = "mongodb-database-tools"
 CONNECT_TIMEOUT_SECONDS = 10.0
 #: Options that would send the dump elsewhere than stdout, or put a password in argv.
-REFUSED_DUMP_OPTIONS = ("-o", "--out", "--archive", "-p", "--password", "--config")
+REFUSED_DUMP_OPTIONS = MONGODB_REFUSED
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO
 
+from config.tool_options import MYSQL_REFUSED
 from tasks.drivers import secrets
 from tasks.drivers.base import DriverError, DumpInfo, ProgressFn
 from tasks.drivers.tool import (
@@ -56,7 +57,7 @@ DUMP_FLAGS = (
 CONNECT_TIMEOUT_SECONDS = 10
 QUERY_TIMEOUT_SECONDS = 60.0
 #: Options that would send the dump elsewhere than stdout, or put a password in argv.
-REFUSED_DUMP_OPTIONS = ("-r", "--result-file", "-T", "--tab", "-p", "--password")
+REFUSED_DUMP_OPTIONS = MYSQL_REFUSED
 
 
 class MySQLDriver(ToolDriver):

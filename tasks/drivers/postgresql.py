@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO
 
+from config.tool_options import POSTGRESQL_REFUSED
 from tasks.drivers import secrets
 from tasks.drivers.base import DriverError, DumpInfo, ProgressFn
 from tasks.drivers.tool import (
@@ -47,7 +48,7 @@ QUERY_TIMEOUT_SECONDS = 60.0
 EXCLUDED_ENV = ("PGPASSWORD", "PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE")
 #: pg_dump options that would break the stream (a file instead of stdout, another format, a
 #: prompt): refused, whatever the job says.
-REFUSED_DUMP_OPTIONS = ("-f", "--file", "-F", "--format", "-Z", "--compress", "-W", "--password")
+REFUSED_DUMP_OPTIONS = POSTGRESQL_REFUSED
 
 
 class PostgresDriver(ToolDriver):

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
+from config.tool_options import matching_flag
 from tasks.drivers.base import DriverError, ProgressFn
 
 #: Read size from the tool's stdout, and the progress granularity.
@@ -418,17 +419,6 @@ def job_options(target: object) -> list[str]:
     """The target's extra tool options (``options``), as strings."""
     options: Sequence[str] = getattr(target, "options", None) or ()
     return [str(option) for option in options]
-
-
-def matching_flag(option: str, flags: Sequence[str]) -> str | None:
-    """Which of ``flags`` ``option`` is (``--file``, ``--file=x``, ``-f``, ``-fx``), or None."""
-    for flag in flags:
-        if flag.startswith("--"):
-            if option == flag or option.startswith(flag + "="):
-                return flag
-        elif option.startswith(flag) and not option.startswith("--"):
-            return flag
-    return None
 
 
 def refuse_options(tool: str, options: Sequence[str], refused: Sequence[str], why: str) -> None:

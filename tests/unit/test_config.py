@@ -668,3 +668,46 @@ def test_format_duration() -> None:
         "90m",
         "1.5s",
     ]
+
+
+TARGETS = {
+    "postgresql": {"type": "postgresql", "host": "db", "database": "app", "user": "backup"},
+    "mysql": {"type": "mysql", "host": "db", "database": "app", "user": "backup"},
+    "mariadb": {"type": "mariadb", "host": "db", "database": "app", "user": "backup"},
+    "mongodb": {"type": "mongodb", "host": "db", "database": "app", "user": "backup"},
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "option", "flag"),
+    [
+        ("postgresql", "--file=/tmp/x.dump", "--file"),
+        ("postgresql", "-f", "-f"),
+        ("postgresql", "--format=plain", "--format"),
+        ("postgresql", "-Z9", "-Z"),
+        ("mysql", "--result-file=/tmp/x.sql", "--result-file"),
+        ("mariadb", "-T/tmp", "-T"),
+        ("mongodb", "--out=/tmp/dump", "--out"),
+        ("mongodb", "--archive=/tmp/a", "--archive"),
+    ],
+)
+def test_options_that_break_the_artifact_stream_are_refused_at_load(
+    kind: str, option: str, flag: str
+) -> None:
+    found = only_violation(a_config(a_job(target={**TARGETS[kind], "options": [option]})))
+    assert found.startswith("jobs[app-db].target.options")
+    assert f"{flag} is not allowed" in found
+    assert option.partition("=")[2] not in found or "=" not in option  # the value is not echoed
+
+
+@pytest.mark.parametrize(
+    ("kind", "option"),
+    [
+        ("postgresql", "--exclude-table=audit_log"),
+        ("postgresql", "--no-comments"),
+        ("mysql", "--ignore-table=app.sessions"),
+        ("mongodb", "--gzip"),
+    ],
+)
+def test_ordinary_dump_options_pass(kind: str, option: str) -> None:
+    parse_config(a_config(a_job(target={**TARGETS[kind], "options": [option]})), limits=LIMITS)
