@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, Protocol
+
+from tasks.storage import AtomicFileWriter
 
 #: ``progress(raw_bytes_so_far)``; advisory, called about once per MiB.
 ProgressFn = Callable[[int], None]
@@ -50,3 +53,16 @@ class Driver(Protocol):
         ...
 
     def server_version(self, target: Any) -> str: ...
+
+
+def new_file_writer(path: Path, what: str) -> AtomicFileWriter:
+    """An atomic writer for a restore into a NEW file: an existing ``what`` is never replaced,
+    and a missing directory is a clear error rather than a stray traceback."""
+    if path.exists():
+        raise DriverError(f"refusing to overwrite existing {what} {path}; restore to a new path")
+    if not path.parent.is_dir():
+        raise DriverError(f"cannot restore to {path}: directory {path.parent} does not exist")
+    try:
+        return AtomicFileWriter(path)
+    except OSError as exc:
+        raise DriverError(f"cannot restore to {path}: {exc.strerror}") from None

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from tasks.drivers import secrets
-from tasks.drivers.base import DriverError, DumpInfo, ProgressFn
+from tasks.drivers.base import DriverError, DumpInfo, ProgressFn, new_file_writer
 from tasks.drivers.tool import (
     CHUNK_SIZE,
     ToolDriver,
@@ -35,7 +35,7 @@ from tasks.drivers.tool import (
     find_tool,
     tool_version,
 )
-from tasks.storage import AtomicFileWriter, StorageError
+from tasks.storage import StorageError
 
 PACKAGE = "redis-tools"
 RDB_MAGIC = b"REDIS"
@@ -78,15 +78,7 @@ class RedisDriver(ToolDriver):
     def restore(self, target_or_path: Any, source: BinaryIO) -> None:
         """Write the RDB from ``source`` to a NEW file (see the module); never overwrites."""
         path = _restore_path(target_or_path)
-        if path.exists():
-            raise DriverError(f"refusing to overwrite existing file {path}; restore to a new path")
-        if not path.parent.is_dir():
-            raise DriverError(f"cannot restore to {path}: directory {path.parent} does not exist")
-        try:
-            writer = AtomicFileWriter(path)
-        except OSError as exc:
-            raise DriverError(f"cannot restore to {path}: {exc.strerror}") from None
-        with writer:
+        with new_file_writer(path, "file") as writer:
             first = True
             while chunk := source.read(CHUNK_SIZE):
                 if first and not chunk.startswith(RDB_MAGIC):

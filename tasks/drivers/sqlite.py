@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import psutil
 
-from tasks.drivers.base import DriverError, DumpInfo, ProgressFn
+from tasks.drivers.base import DriverError, DumpInfo, ProgressFn, new_file_writer
 from tasks.storage import AtomicFileWriter, StorageError
 
 #: Snapshot folders are named ``backupy-sqlite-{pid}-…`` so a later dump can remove a dead one's.
@@ -81,17 +81,7 @@ class SqliteDriver:
         file that appeared meanwhile is not replaced either).
         """
         path = _db_path(target_or_path)
-        if path.exists():
-            raise DriverError(
-                f"refusing to overwrite existing database {path}; restore to a new path"
-            )
-        if not path.parent.is_dir():
-            raise DriverError(f"cannot restore to {path}: directory {path.parent} does not exist")
-        try:
-            writer = AtomicFileWriter(path)
-        except OSError as exc:
-            raise DriverError(f"cannot restore to {path}: {exc.strerror}") from None
-        with writer:
+        with new_file_writer(path, "database") as writer:
             _copy_into(source, writer)
             writer.sync()
             _verify_database(writer.temp_path, path)
